@@ -24,7 +24,13 @@ except ImportError:
     # 包还没有安装时，直接从仓库里的 code/ 导入
     sys.path.insert(0, str(REPO_ROOT / "code"))
 
+import torch  # noqa: E402
+
 from visionft.config import load_config  # noqa: E402
+
+# 一个 intra-op 线程：CPU 被别的进程占着时，多个 OpenMP 线程互相等待会慢一个数量级
+# （在 2 核机器上另一个训练进程运行时，ViT-S/14 的前向传播用 2 个线程比 1 个线程慢约 24 倍）。
+torch.set_num_threads(1)
 
 TINY_IMAGE_SIZE = 16
 # 每个类别一个主色：微型模型一两个 epoch 就能学会区分
@@ -125,6 +131,13 @@ def tiny_config(model_dir: Path, data_dir: Path, output_dir: Path, **overrides):
     }
     values.update(overrides)
     return load_config(None, values)
+
+
+def run_folders(output_dir: Path) -> list[str]:
+    """output_dir 里的运行文件夹名；output_dir 不存在时为空列表。"""
+    if not output_dir.exists():
+        return []
+    return sorted(path.name for path in output_dir.iterdir())
 
 
 @pytest.fixture(autouse=True)

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .model import ModelLoadError
     from .runtime import setup_logging
+    from .train import TrainingError
 
     setup_logging()
     parser = build_parser()
@@ -158,6 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelLoadError, FileNotFoundError) as error:
         print(f"错误：{error}", file=sys.stderr)
         return 2
-    except RuntimeError as error:
+    except TrainingError as error:
         print(f"错误：{error}", file=sys.stderr)
         return 1

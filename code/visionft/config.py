@@ -54,7 +54,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """梯度累积步数：有效 batch size = batch_size × grad_accum_steps。"""
     lr: float = 1e-3
-    """学习率（full 方法里是分类头与最顶层 block 的学习率）。"""
+    """学习率。full 方法里这是分类头的学习率，往下每一层再乘一次 layer_decay。"""
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     """学习率线性预热占总步数的比例，之后余弦衰减到 0。"""

@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 from torch import nn
 
+from .model import logits_for
 from .io import atomic_write_json, atomic_write_text, display_path, read_json
 from .runtime import Progress, autocast
 
@@ -30,7 +31,7 @@ def predict_loader(model: nn.Module, loader, device: torch.device, dtype=None, d
         images, targets = batch
         images, targets = images.to(device), targets.to(device)
         with autocast(device, dtype):
-            logits = model(pixel_values=images).logits
+            logits = logits_for(model, images)
         logits = logits.float()
         total_loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         count += len(targets)

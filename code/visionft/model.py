@@ -24,7 +24,7 @@ logger = logging.getLogger("visionft")
 META_FILE = "visionft.json"
 
 # LoRA 默认注入注意力的 query 与 value 投影（LoRA 论文的做法）。不同版本的 transformers
-# 给它们起的名字不同：ViT 与旧版 DINOv2 叫 query/value，transformers 5 的 DINOv2 叫 q_proj/v_proj，
+# 给它们起的名字不同：transformers 4.x 的 ViT 与 DINOv2 叫 query/value，5.x 叫 q_proj/v_proj，
 # 有的模型把三者合成一个 qkv。按骨干里真实存在的名字选。
 QUERY_VALUE_NAMES = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("qkv",))
 
@@ -38,6 +38,12 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
     # transformers 5 对 peft 调用的旧接口发出的弃用提示，与学习者无关
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
@@ -254,7 +260,8 @@ def backbone_signature(model: nn.Module) -> dict:
     }
 
 
-def save_best(model: nn.Module, folder: Path, config: TrainConfig, id2label: dict[int, str], mean, std) -> None:
+def save_best(model: nn.Module, folder: Path, config: TrainConfig, id2label: dict[int, str], mean, std,
+              extra: dict | None = None) -> None:
     """把最佳模型写进 folder（调用方负责先写临时文件夹再整体替换）。"""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
@@ -267,6 +274,7 @@ def save_best(model: nn.Module, folder: Path, config: TrainConfig, id2label: dic
         "image_size": config.image_size,
         "image_mean": list(mean),
         "image_std": list(std),
+        **(extra or {}),
     }
     atomic_write_json(folder / META_FILE, meta)
 
@@ -292,23 +300,56 @@ def load_trained_model(checkpoint: Path, base_model: str | None = None) -> tuple
     id2label = {int(k): v for k, v in meta["id2label"].items()}
     _quiet_transformers()
     if meta["method"] == "lora":
-        from peft import PeftConfig, PeftModel
+        from peft import PeftModel
 
+        if not (checkpoint / "adapter_model.safetensors").is_file():
+            raise ModelLoadError(f"{display_path(checkpoint)} 里没有 adapter_model.safetensors：visionft 只读取 safetensors 格式的权重。")
         base_name = base_model or meta["base_model"]
         base = load_backbone(base_name, id2label)
         _check_signature(meta["backbone"], backbone_signature(base), base_name, checkpoint)
-        PeftConfig.from_pretrained(checkpoint)  # 先确认 adapter_config.json 可读
-        model = PeftModel.from_pretrained(base, checkpoint)
+        try:
+            model = PeftModel.from_pretrained(base, checkpoint)
+        except RuntimeError as error:  # 形状不匹配：类别数或骨干尺寸不同
+            raise ModelLoadError(
+                f"无法把适配器 {display_path(checkpoint)}（{meta['num_labels']} 个类别，骨干 {meta['base_model']}）"
+                f"装到骨干 {base_name}（{len(id2label)} 个类别）上：{error}"
+            ) from error
     else:
         from transformers import AutoModelForImageClassification
 
-        model = AutoModelForImageClassification.from_pretrained(checkpoint)
+        if not (checkpoint / "model.safetensors").is_file():
+            raise ModelLoadError(f"{display_path(checkpoint)} 里没有 model.safetensors：visionft 只读取 safetensors 格式的权重。")
+        model = AutoModelForImageClassification.from_pretrained(checkpoint, use_safetensors=True)
         if model.config.num_labels != meta["num_labels"]:
             raise ModelLoadError(
-                f"检查点 {display_path(checkpoint)} 的分类头有 {model.config.num_labels} 类，元信息记录的是 {meta['num_labels']} 类。"
+                f"检查点 {display_path(checkpoint)} 的分类头有 {model.config.num_labels} 个类别，"
+                f"但 {META_FILE} 记录的是 {meta['num_labels']} 个类别。"
             )
     model.eval()
     return model, meta
+
+
+def logits_for(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """前向计算得到 logits。
+
+    ViT 默认只接受预训练时的输入尺寸（例如 224），尺寸不同时要显式打开位置编码插值；
+    DINOv2 总是插值，它的 forward 没有这个参数。
+    """
+    kwargs = {}
+    if _accepts_interpolation(model):
+        kwargs["interpolate_pos_encoding"] = True
+    return model(pixel_values=images, **kwargs).logits
+
+
+def _accepts_interpolation(model: nn.Module) -> bool:
+    cached = getattr(model, "_visionft_interpolates", None)
+    if cached is None:
+        import inspect
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        cached = "interpolate_pos_encoding" in inspect.signature(base.forward).parameters
+        model._visionft_interpolates = cached
+    return cached
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

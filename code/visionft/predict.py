@@ -12,7 +12,7 @@ import torch
 from .breeds import display_name
 from .data import IGNORED_FILE_NAMES, IMAGE_EXTENSIONS, ImageDecodeError, _is_hidden, build_transforms, load_image
 from .io import display_path, read_json
-from .model import load_trained_model
+from .model import load_trained_model, logits_for
 from .runtime import autocast, resolve_precision, select_device, setup_logging
 
 logger = logging.getLogger("visionft")
@@ -91,7 +91,7 @@ class Predictor:
             if not images:
                 continue
             with autocast(self.device, self.dtype):
-                logits = self.model(pixel_values=torch.stack(images).to(self.device)).logits
+                logits = logits_for(self.model, torch.stack(images).to(self.device))
             probabilities = logits.float().softmax(dim=-1).cpu()
             values, indices = probabilities.topk(top_k, dim=-1)
             for path, row_values, row_indices in zip(kept, values.tolist(), indices.tolist()):

@@ -82,9 +82,9 @@ def select_device(requested: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("配置要求 device=cuda，但 PyTorch 看不到 CUDA GPU。请改用 --device auto 或 --device cpu。")
+        raise ConfigError("配置要求 device=cuda，但 PyTorch 看不到 CUDA GPU。请改用 --device auto 或 --device cpu。")
     if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("配置要求 device=mps，但这台机器没有可用的 Apple MPS。请改用 --device auto 或 --device cpu。")
+        raise ConfigError("配置要求 device=mps，但这台机器没有可用的 Apple MPS。请改用 --device auto 或 --device cpu。")
     return torch.device(requested)
 
 

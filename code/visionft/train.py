@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import pickle
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,8 +24,8 @@ from .config import ConfigError, TrainConfig, load_config, save_config, validate
 from .evaluate import compute_metrics, predict_loader, write_evaluation
 from .io import (append_jsonl, atomic_write_json, create_run_dir, display_path, find_checkpoint_dir, mark_complete,
                  read_json, read_jsonl, replace_dir)
-from .model import (apply_unfreeze, count_parameters, describe_model, full_parameter_groups, load_backbone,
-                    load_trained_model, prepare_model, save_best)
+from .model import (ModelLoadError, apply_unfreeze, count_parameters, describe_model, full_parameter_groups, load_backbone,
+                    load_trained_model, logits_for, prepare_model, save_best)
 from .runtime import (PeakMemory, Progress, autocast, describe_hardware, log_to_file, resolve_precision, rng_state,
                       select_device, set_rng_state, set_seed, setup_logging)
 
@@ -37,6 +39,10 @@ class TrainResult:
     run_dir: Path
     results: dict
     history: list[dict]
+
+
+class TrainingError(RuntimeError):
+    """训练无法继续（例如显存不足、恢复状态损坏）；消息里写明原因和下一步怎么做。"""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -82,7 +88,7 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_r
 def _format_layer_lrs(groups: list[dict], num_blocks: int) -> str:
     seen: dict[int, float] = {}
     for group in groups:
-        seen.setdefault(group["layer"], group["lr"])
+        seen.setdefault(group["layer"], group.get("initial_lr", group["lr"]))
 
     def name(layer: int) -> str:
         if layer == 0:
@@ -117,8 +123,6 @@ class _Checkpointer:
 
         tmp = self.run_dir / "last.tmp"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         tmp.mkdir()
         save_file(self._trainable_state(model), str(tmp / "model.safetensors"))
@@ -139,9 +143,15 @@ class _Checkpointer:
         weights = load_file(str(folder / "model.safetensors"))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected:
-            raise RuntimeError(f"恢复状态 {display_path(folder)} 里有模型没有的权重：{unexpected[:5]}")
+            raise TrainingError(f"恢复状态 {display_path(folder)} 里有模型没有的权重（例如 {unexpected[:3]}）：它不是这个运行保存的。")
         # 只装张量、数字、字符串和列表；weights_only=True 拒绝任意 pickle 对象
-        payload = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=True)
+        try:
+            payload = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise TrainingError(
+                f"恢复状态 {display_path(folder / 'trainer_state.pt')} 已损坏或含有不安全的对象，拒绝读取：{error}。"
+                "可以删掉 last/ 文件夹后用 --resume 从头训练，或新开一次训练。"
+            ) from error
         optimizer.load_state_dict(payload.pop("optimizer"))
         scheduler.load_state_dict(payload.pop("scheduler"))
         scaler_state = payload.pop("scaler")
@@ -149,13 +159,11 @@ class _Checkpointer:
             scaler.load_state_dict(scaler_state)
         return payload
 
-    def save_best(self, model, id2label, mean, std) -> None:
+    def save_best(self, model, id2label, mean, std, extra: dict) -> None:
         tmp = self.run_dir / "best.tmp"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
-        save_best(model, tmp, self.config, id2label, mean, std)
+        save_best(model, tmp, self.config, id2label, mean, std, extra)
         mark_complete(tmp)
         replace_dir(tmp, self.run_dir / "best")
 
@@ -217,8 +225,14 @@ def _train(config: TrainConfig, run_dir: Path | None) -> TrainResult:
     # 运行文件夹：数据检查通过后才新建，日志同时写进其中的 train.log
     if run_dir is None:
         run_dir = create_run_dir(config.output_dir, config.run_name or f"{config.method}-{config.profile}-{datetime.now():%Y%m%d-%H%M%S}")
-    with log_to_file(run_dir / "train.log"):
-        return _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, scaler)
+    try:
+        with log_to_file(run_dir / "train.log"):
+            return _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, scaler)
+    except (ConfigError, ModelLoadError):
+        # 模型加载或 LoRA 设置有误时还没有训练任何东西：删掉刚建的空运行文件夹，免得留下一堆无用的文件夹
+        if not resuming and not (run_dir / "best").exists() and not (run_dir / "last").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, scaler) -> TrainResult:
@@ -268,6 +282,8 @@ def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, sca
         for record in history:
             append_jsonl(run_dir / "metrics.jsonl", record)
 
+    if config.method == "full":
+        apply_unfreeze(model, config.unfreeze_schedule, state["epoch"])
     _log_start(config, run_dir, scan, split, model, anatomy, groups, device, dtype, steps_per_epoch)
 
     # 逐 epoch 训练与验证
@@ -289,7 +305,8 @@ def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, sca
                 improved = (val_metrics["accuracy"], -val["loss"]) > (state["best_val_accuracy"], -state["best_val_loss"])
                 if improved:
                     state.update(best_val_accuracy=val_metrics["accuracy"], best_val_loss=val["loss"], best_epoch=epoch + 1)
-                    checkpointer.save_best(model, id2label, mean, std)
+                    checkpointer.save_best(model, id2label, mean, std,
+                                           {"epoch": epoch + 1, "val_accuracy": val_metrics["accuracy"], "val_loss": val["loss"]})
                 record = {
                     "epoch": epoch + 1,
                     **train_metrics,
@@ -318,7 +335,7 @@ def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, sca
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             _save_interrupt(checkpointer, model, optimizer, scheduler, scaler, boundary, memory)
-            raise RuntimeError(_oom_advice(config, run_dir)) from error
+            raise TrainingError(_oom_advice(config, run_dir)) from error
     peak_mb, peak_kind = memory.peak_mb, memory.kind
 
     # 用最佳检查点在测试集上评估
@@ -345,7 +362,7 @@ def _train_one_epoch(model, loader, sampler, optimizer, scheduler, scaler, loss_
 
         # 前向与反向（梯度累积时 loss 按步数缩小）
         with autocast(device, dtype):
-            logits = model(pixel_values=images).logits
+            logits = logits_for(model, images)
         loss = loss_fn(logits.float(), labels)
         if scaler is not None:
             scaler.scale(loss / config.grad_accum_steps).backward()
@@ -418,7 +435,8 @@ def _log_start(config, run_dir, scan, split, model, anatomy, groups, device, dty
     logger.info("训练：%d 个 epoch，batch size %d × 累积 %d = 有效 batch size %d，每个 epoch %d 步，图像 %d×%d",
                 config.num_epochs, config.batch_size, config.grad_accum_steps, config.batch_size * config.grad_accum_steps,
                 steps_per_epoch, config.image_size, config.image_size)
-    logger.info("参数：可训练 %s / 总数 %s（%.2f%%）", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    logger.info("参数：可训练 %s / 总数 %s（%.2f%%）%s", f"{trainable:,}", f"{total:,}", 100 * trainable / total,
+                "，这是当前 epoch 的解冻状态" if config.method == "full" and config.unfreeze_schedule else "")
     if config.method == "full":
         logger.info("逐层学习率（layer_decay=%.2f）：%s", config.layer_decay, _format_layer_lrs(groups, anatomy.num_blocks))
         if config.unfreeze_schedule:
@@ -482,6 +500,8 @@ def _finish(config, run_dir, scan, split, history, state, peak_mb, peak_kind, de
         "trainable_params": trainable,
         "total_params": total,
         "trainable_ratio": round(trainable / total, 6),
+        # 按参数量计算（不是测量）：FP32 权重 + 可训练参数的梯度 + AdamW 的两份动量，不含激活值
+        "training_state_mb": round((total * 4 + trainable * (4 + 8)) / 2**20, 1),
         "device": device.type,
         "hardware": describe_hardware(device),
         "mixed_precision": {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
