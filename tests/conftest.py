@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# 共享数据在仓库旁边的 ../shared；CI 把仓库克隆到别处时也把 shared 放在旁边
+# 共享数据（离线模型与照片）在仓库旁边的 shared 文件夹里，CI 把仓库克隆到别处时也把它放在旁边
 SHARED_DIR = REPO_ROOT.parent / "shared"
 CONFIGS_DIR = REPO_ROOT / "code" / "configs"
 
@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 from visionft.config import load_config  # noqa: E402
 
-# 一个 intra-op 线程：CPU 被别的进程占着时，多个 OpenMP 线程互相等待会慢一个数量级
-# （在 2 核机器上另一个训练进程运行时，ViT-S/14 的前向传播用 2 个线程比 1 个线程慢约 24 倍）。
+# 只用一个 intra-op 线程，因为 CPU 被别的进程占着时，多个 OpenMP 线程互相等待会慢一个数量级。
+# 一次测量：2 核机器上另有一个训练进程时，ViT-S/14 的前向传播（batch 8，56×56）用 2 个线程比 1 个线程慢约 24 倍。
 torch.set_num_threads(1)
 
 TINY_IMAGE_SIZE = 16
@@ -65,7 +65,7 @@ def save_tiny_model(kind: str, folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """返回函数 kind -> 模型文件夹；每种骨干在整个测试会话里只生成一次。"""
+    """返回函数 kind -> 模型文件夹。每种骨干在整个测试会话里只生成一次。"""
     cache: dict[str, Path] = {}
 
     def get(kind: str) -> Path:
@@ -87,7 +87,7 @@ def make_image(color, size=(20, 20), seed: int = 0) -> Image.Image:
 
 
 def make_image_folder(root: Path, classes=("cat_a", "cat_b", "cat_c"), per_class=8, size=(20, 20)) -> Path:
-    """生成 ImageFolder：每个类别一个子文件夹，类别之间主色不同；JPEG 与 PNG 交替。
+    """生成 ImageFolder：每个类别一个子文件夹，类别之间主色不同，JPEG 与 PNG 交替。
 
     per_class 可以是整数，也可以是 {类别: 张数}（用来造类别不平衡）。
     """
@@ -134,7 +134,7 @@ def tiny_config(model_dir: Path, data_dir: Path, output_dir: Path, **overrides):
 
 
 def run_folders(output_dir: Path) -> list[str]:
-    """output_dir 里的运行文件夹名；output_dir 不存在时为空列表。"""
+    """列出 output_dir 里的运行文件夹名，output_dir 不存在时返回空列表。"""
     if not output_dir.exists():
         return []
     return sorted(path.name for path in output_dir.iterdir())
@@ -144,8 +144,8 @@ def run_folders(output_dir: Path) -> list[str]:
 def fresh_visionft_logger():
     """每个测试开始时清掉 visionft 日志的 handler。
 
-    setup_logging() 创建的 StreamHandler 绑定创建那一刻的 sys.stdout；pytest 每个测试换一个捕获流，
-    清掉后由包在本测试里重新创建，输出才进得了本测试的 capsys。
+    setup_logging() 创建的 StreamHandler 绑定创建那一刻的 sys.stdout，而 pytest 每个测试换一个捕获流。
+    清掉后由包在本测试里重新创建，日志才进得了本测试的 capsys。
     """
     logger = logging.getLogger("visionft")
     logger.handlers.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import logging
 import re
 
@@ -68,7 +69,7 @@ def mode_images() -> dict[str, Image.Image]:
 def build_messy_folder(root):
     """生成一个乱七八糟但能用的数据文件夹，返回 (root, 可用图像的相对路径集合, 坏文件的相对路径集合)。
 
-    类别：amber（各种格式）、berry（坏文件与垃圾文件）、中华田园犬（中文名、嵌套子文件夹）；
+    类别：amber（各种格式）、berry（坏文件与垃圾文件）、中华田园犬（中文名、嵌套子文件夹）。
     empty_breed 是空文件夹，.ipynb_checkpoints 是隐藏文件夹，都不能成为类别。
     """
     make_image_folder(root, classes=("amber", "berry", "中华田园犬"), per_class=6)
@@ -258,7 +259,7 @@ def test_scan_reports_empty_class(messy_scan):
     assert any("empty_breed" in message for message in warnings)
 
 
-def test_scan_with_caplog(visionft_log, tmp_path):
+def test_scan_warning_reaches_caplog(visionft_log, tmp_path):
     root = make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=2)
     (root / "a" / "empty.jpg").write_bytes(b"")
 
@@ -301,7 +302,7 @@ def test_dataset_item_none_after_truncation(tmp_path):
     dataset = ImageListDataset(root, samples, build_transforms(16, (0.5,) * 3, (0.5,) * 3, train=False))
     truncate(root / "a" / "000.jpg", keep=0.3)
 
-    assert dataset[0] is None
+    assert dataset[0] == (None, "a/000.jpg")
     assert dataset.failed == {"a/000.jpg"}
 
 
@@ -318,24 +319,27 @@ def test_dataset_warns_once_per_file(visionft_log, tmp_path):
     assert "a/000.jpg" in warnings[0].getMessage()
 
 
-def test_collate_drops_none():
+def test_collate_drops_bad_items():
     item = (torch.zeros(3, 4, 4), 1)
 
-    images, labels = collate_skip_bad([None, item, None, item])
+    batch = collate_skip_bad([(None, "a/1.jpg"), item, (None, "a/2.jpg"), item])
 
-    assert images.shape == (2, 3, 4, 4)
-    assert labels.tolist() == [1, 1]
+    assert batch.images.shape == (2, 3, 4, 4)
+    assert batch.labels.tolist() == [1, 1]
+    assert batch.failed == ["a/1.jpg", "a/2.jpg"]
 
 
-def test_collate_all_bad_none():
-    assert collate_skip_bad([None, None]) is None
+def test_collate_all_bad_empty():
+    batch = collate_skip_bad([(None, "a/1.jpg"), (None, "a/2.jpg")])
+
+    assert batch.images is None
+    assert batch.labels is None
+    assert batch.failed == ["a/1.jpg", "a/2.jpg"]
 
 
 @pytest.mark.parametrize(
     "num_workers",
-    [0, pytest.param(1, marks=pytest.mark.xfail(
-        reason="data.ImageListDataset.failed is filled inside DataLoader worker processes, so train._finish "
-               "never sees those failures and skipped_images stays 0", strict=True))],
+    [0, 1],
 )
 def test_truncated_after_scan_not_fatal(tiny_model_dir, tmp_path, monkeypatch, num_workers):
     data = make_image_folder(tmp_path / "data", per_class=8)
@@ -354,9 +358,6 @@ def test_truncated_after_scan_not_fatal(tiny_model_dir, tmp_path, monkeypatch, n
     assert result.results["skipped_images"] == 1
 
 
-@pytest.mark.xfail(reason="evaluate.evaluate: when the data folder recorded in the run is gone, every image is "
-                          "skipped and predict_loader raises a plain RuntimeError, which cli.main does not catch",
-                   strict=True)
 def test_cli_evaluate_data_gone(tiny_model_dir, tmp_path, capsys):
     import shutil
 
@@ -449,15 +450,25 @@ def test_compute_metrics_absent_class():
     assert len(metrics["confusion_matrix"]) == 3
 
 
-@pytest.mark.xfail(reason="data.make_split: an empty validation set is not rejected; training fails after the first "
-                          "epoch with a RuntimeError, after the run folder exists", strict=True)
-def test_empty_val_set_rejected_before_run(tiny_model_dir, tmp_path):
-    # 每类 5 张、val_fraction 0.1：round(4 × 0.1) = 0，验证集是空的
+def test_small_classes_keep_one_val_image(tiny_model_dir, tmp_path):
+    # 每类 5 张：先分出 1 张测试图，剩下 4 张里 round(4 × 0.1) = 0，划分规则仍为每类留 1 张验证图
     data = make_image_folder(tmp_path / "data", per_class=5)
-    output = tmp_path / "runs"
-    config = tiny_config(tiny_model_dir("dinov2"), data, output, val_fraction=0.1, test_fraction=0.2)
+    config = tiny_config(tiny_model_dir("dinov2"), data, tmp_path / "runs", val_fraction=0.1, test_fraction=0.2)
 
-    with pytest.raises(DataError):
+    result = train_module.train(config)
+
+    split = json.loads((result.run_dir / "split.json").read_text(encoding="utf-8"))
+    assert len(split["val"]) == 3
+    assert len(split["test"]) == 3
+
+
+def test_empty_val_set_rejected_before_run(tiny_model_dir, tmp_path):
+    # 每类 2 张：1 张测试、1 张训练，分不出验证图
+    data = make_image_folder(tmp_path / "data", per_class=2)
+    output = tmp_path / "runs"
+    config = tiny_config(tiny_model_dir("dinov2"), data, output, val_fraction=0.1, test_fraction=0.2, batch_size=1)
+
+    with pytest.raises(DataError, match="验证集是空的"):
         train_module.train(config)
 
     assert run_folders(output) == []
@@ -467,6 +478,15 @@ def test_empty_val_set_rejected_before_run(tiny_model_dir, tmp_path):
 # 数据文件夹本身有问题
 
 
+def missing_folder(root):
+    return root
+
+
+def empty_folder(root):
+    root.mkdir()
+    return root
+
+
 def no_images_folder(root):
     for name in ("a", "b"):
         (root / name).mkdir(parents=True)
@@ -474,10 +494,15 @@ def no_images_folder(root):
     return root
 
 
+def loose_images_folder(root):
+    root.mkdir()
+    make_image((1, 2, 3)).save(root / "loose.jpg")
+    return root
+
+
 @pytest.mark.parametrize(
     "make_folder",
-    [lambda root: root, lambda root: root.mkdir() or root, no_images_folder,
-     lambda root: root.mkdir() or make_image((1, 2, 3)).save(root / "loose.jpg") or root],
+    [missing_folder, empty_folder, no_images_folder, loose_images_folder],
     ids=["missing", "empty", "no-images", "no-class-folders"],
 )
 def test_bad_data_folder_rejected(tiny_model_dir, tmp_path, make_folder):

@@ -1,7 +1,7 @@
 """真实骨干网络与真实照片上的冒烟测试：一次很小的 LoRA 训练，走完训练、官方划分和测试集评估。
 
-需要仓库旁边 ../shared 里的离线 DINOv2 ViT-S/14 和 10 个品种的 Stanford Dogs 照片；没有时跳过。
-测试集是官方划分的全部 784 张，在 CPU 上评估要几十秒。
+需要仓库旁边 shared 文件夹里的离线 DINOv2 ViT-S/14 和 10 个品种的 Stanford Dogs 照片，没有时跳过。
+测试集是官方划分的全部 784 张。一次测量：2 核 CPU、单线程时整个测试约 13 秒。
 """
 
 from __future__ import annotations

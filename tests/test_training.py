@@ -30,7 +30,7 @@ RESULT_KEYS = ("test_accuracy", "test_macro_f1", "train_seconds", "images_per_se
 RUN_DIR_ENTRIES = {"config.yaml", "labels.json", "split.json", "metrics.jsonl", "results.json", "train.log", "best",
                    "last", "evaluation"}
 EVALUATION_FILES = {"metrics.json", "classification_report.txt", "confusion_matrix.png"}
-# 每个 epoch 都不同的计时字段；比较两次运行时忽略
+# 每次运行都不同的计时字段，比较两次运行时忽略
 TIMING_KEYS = {"images_per_second", "epoch_seconds"}
 
 
@@ -72,7 +72,7 @@ def train_and_capture(config):
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
-    """每种 (方法, 骨干) 训练一次、整个模块共用：返回函数 (method, kind) -> 记录。"""
+    """返回函数 (method, kind) -> 训练记录。每种组合只训练一次，整个模块共用。"""
     cache = {}
 
     def get(method: str, kind: str):
@@ -332,7 +332,7 @@ def test_missing_model_no_run_folder(tmp_path):
 
 @pytest.mark.parametrize("kind", BACKBONE_KINDS)
 def test_other_image_size_trains(tiny_model_dir, tmp_path, kind):
-    # ViT 默认只接受预训练时的输入尺寸，要靠位置编码插值；DINOv2 总是插值
+    # ViT 默认只接受预训练时的输入尺寸，要靠位置编码插值，而 DINOv2 总是插值
     data = make_image_folder(tmp_path / "data", per_class=8)
     config = tiny_config(tiny_model_dir(kind), data, tmp_path / "runs", image_size=TINY_IMAGE_SIZE + 8)
 
@@ -422,8 +422,6 @@ def test_predict_names_folder_truth(trained, tmp_path):
     assert item.true_label == classes[0]
 
 
-@pytest.mark.xfail(reason="cli._run_predict: --json output shares stdout with log lines and the saved-figure line",
-                   strict=True)
 def test_cli_predict_json_parses(trained, photos, capsys):
     run_dir = trained("lora", "dinov2")["result"].run_dir
     single, _ = photos
@@ -435,9 +433,8 @@ def test_cli_predict_json_parses(trained, photos, capsys):
     assert json.loads(output)[0]["path"].endswith("single.jpg")
 
 
-@pytest.mark.xfail(reason="predict.Predictor: uses mixed_precision 'auto' instead of the run's setting", strict=True)
 def test_predictor_uses_run_precision(trained, monkeypatch):
-    # 让 CPU 看起来支持 BF16：这时 auto 会选 BF16，而这次运行的配置是 mixed_precision: no
+    # 让 CPU 看起来支持 BF16，这时 auto 会选 BF16，而这次运行的配置是 mixed_precision: no
     monkeypatch.setattr(visionft.runtime, "cpu_supports_bf16", lambda: True)
     run_dir = trained("lora", "dinov2")["result"].run_dir
 

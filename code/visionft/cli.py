@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class ChineseArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", ChineseHelpFormatter)
         kwargs["add_help"] = False
+        kwargs["allow_abbrev"] = False  # --num_epoch 不能悄悄变成 --num_epochs
         super().__init__(*args, **kwargs)
         self._positionals.title = "位置参数"
         self._optionals.title = "选项"
@@ -119,6 +121,11 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .io import display_path
     from .predict import Predictor, format_predictions, plot_predictions
 
+    if args.json:
+        # stdout 只留 JSON，日志改写到 stderr，方便其他程序解析
+        for handler in logging.getLogger("visionft").handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setStream(sys.stderr)
     predictor = Predictor(args.run_dir, model=args.model, device=args.device)
     predictions = predictor.predict(args.inputs, top_k=args.top_k)
     if not predictions:
@@ -132,7 +139,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path(args.run_dir) / "predictions" / "predictions.png"
     figure = plot_predictions(predictions[:32], output, language=predictor.language)
     plt.close(figure)
-    print(f"结果图已保存：{display_path(output)}" + ("（只画了前 32 张）" if len(predictions) > 32 else ""))
+    print(f"结果图已保存：{display_path(output)}" + ("（只画了前 32 张）" if len(predictions) > 32 else ""),
+          file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

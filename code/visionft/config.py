@@ -179,6 +179,12 @@ def _coerce_to(member: Any, value: Any) -> tuple[bool, Any]:
 
 def _check_type(key: str, value: Any) -> Any:
     hint = _type_hints()[key]
+    # PyYAML 按 YAML 1.1 把 1e-4（没有小数点）读成字符串；数字类型的键按数字再试一次
+    if float in _allowed_types(hint) and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     for member in _allowed_types(hint):
         ok, converted = _coerce_to(member, value)
         if ok:

@@ -72,7 +72,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        if image.mode.startswith("I;16") or array.max() > 255:
+            high = 65535.0
+        elif image.mode == "F" and array.max() <= 1.0:
+            high = 1.0  # 浮点图像常见的 [0, 1] 取值
+        else:
+            high = 255.0
         array = np.clip(array / high * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
     if image.mode == "P":
@@ -255,7 +260,10 @@ def _stratified_take(samples: list[tuple[str, int]], fraction: float, seed: int)
     for label in sorted(by_class):
         items = by_class[label]
         random.Random(f"{seed}-{label}").shuffle(items)
-        count = min(int(round(len(items) * fraction)), len(items) - 1)
+        count = int(round(len(items) * fraction))
+        if count == 0 and fraction > 0 and len(items) >= 2:
+            count = 1  # 小类别也至少留一张给验证/测试，否则这个类别在那里完全看不到
+        count = min(count, len(items) - 1)
         taken.extend(items[:count])
         rest.extend(items[count:])
     return sorted(taken), sorted(rest)
@@ -284,6 +292,15 @@ def make_split(scan: ImageFolderScan, split_dir: Path | None, val_fraction: floa
     val, train = _stratified_take(train_pool, val_fraction, seed + 1)
     split = Split(train=train, val=val, test=test, source=source)
     check_split(split, scan.classes)
+    if not split.val:
+        raise DataError(
+            f"验证集是空的：训练部分只有 {len(train_pool)} 张图像，每个类别都不够分出一张验证图像。"
+            "请给每个类别至少准备 3 张照片，或调大 val_fraction。"
+        )
+    if not split.test:
+        raise DataError(
+            f"测试集是空的：数据文件夹里只有 {len(scan.samples)} 张图像。请给每个类别至少准备 3 张照片，或调大 test_fraction。"
+        )
     return split
 
 
@@ -331,7 +348,11 @@ def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float
 
 
 class ImageListDataset(Dataset):
-    """(路径, 类别) 列表上的数据集。读取失败的图像返回 None，由 collate_skip_bad 丢掉。"""
+    """(路径, 类别) 列表上的数据集。读取失败的图像返回 (None, 路径)，由 collate_skip_bad 丢掉并记下。
+
+    `failed` 记录主进程见到的坏文件：DataLoader 用多个 worker 时，坏文件由 collate 带回主进程，
+    训练和评估循环再调用 record_failed 记进来，所以计数不会漏。
+    """
 
     def __init__(self, root: Path, samples: list[tuple[str, int]], transform):
         self.root = Path(root)
@@ -350,17 +371,30 @@ class ImageListDataset(Dataset):
             if relative not in self.failed:
                 self.failed.add(relative)
                 logger.warning("训练中跳过无法读取的图像 %s：%s", relative, error)
-            return None
+            return None, relative
         return self.transform(image), label
 
+    def record_failed(self, paths: Sequence[str]) -> None:
+        self.failed.update(paths)
 
-def collate_skip_bad(batch):
-    batch = [item for item in batch if item is not None]
-    if not batch:
-        return None
-    images = torch.stack([item[0] for item in batch])
-    labels = torch.tensor([item[1] for item in batch], dtype=torch.long)
-    return images, labels
+
+@dataclass
+class Batch:
+    """一个 batch：图像张量、类别张量（全部读取失败时都是 None），以及这个 batch 里读取失败的文件。"""
+
+    images: torch.Tensor | None
+    labels: torch.Tensor | None
+    failed: list[str]
+
+
+def collate_skip_bad(items) -> Batch:
+    good = [item for item in items if item[0] is not None]
+    failed = [item[1] for item in items if item[0] is None]
+    if not good:
+        return Batch(None, None, failed)
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    return Batch(images, labels, failed)
 
 
 class EpochSampler(Sampler[int]):

@@ -26,10 +26,10 @@ def predict_loader(model: nn.Module, loader, device: torch.device, dtype=None, d
     bar = Progress(len(loader), description, mode=progress)
     for batch in loader:
         bar.update()
-        if batch is None:  # 整个 batch 的图像都读取失败
+        loader.dataset.record_failed(batch.failed)
+        if batch.images is None:  # 整个 batch 的图像都读取失败
             continue
-        images, targets = batch
-        images, targets = images.to(device), targets.to(device)
+        images, targets = batch.images.to(device), batch.labels.to(device)
         with autocast(device, dtype):
             logits = logits_for(model, images)
         logits = logits.float()
@@ -120,7 +120,7 @@ def evaluate(run_dir: str | Path, data_dir: str | None = None, split: str = "tes
     不给 data_dir 时用训练时保存的划分（split.json）里的 `split` 子集；给了 data_dir 时评估该文件夹里的全部图像，
     其中的类别必须是模型认识的类别。结果写进 <run_dir>/evaluation/<名字>/。
     """
-    from .data import ImageListDataset, build_transforms, class_display_names, make_loader, scan_image_folder
+    from .data import DataError, ImageListDataset, build_transforms, class_display_names, make_loader, scan_image_folder
     from .model import load_trained_model
     from .runtime import resolve_precision, select_device, setup_logging
     from .config import load_config
@@ -138,6 +138,11 @@ def evaluate(run_dir: str | Path, data_dir: str | None = None, split: str = "tes
     if data_dir is None:
         saved = read_json(run_dir / "split.json")
         root = Path(config.data_dir)
+        if not root.is_dir():
+            raise DataError(
+                f"找不到训练时的数据文件夹 {config.data_dir}（相对当前目录）。"
+                "请在训练时的目录下运行，或用 --data_dir 指定要评估的数据文件夹。"
+            )
         index = {name: i for i, name in enumerate(classes)}
         samples = [(path, index[path.split("/")[0]]) for path in saved[split]]
         skipped = len(saved.get("skipped", []))

@@ -63,10 +63,10 @@ class Predictor:
         self.model, meta = load_trained_model(self.run_dir / "best", base_model=model)
         self.device = select_device(device)
         self.model.to(self.device)
-        self.dtype = resolve_precision("auto", self.device)
+        self.dtype = resolve_precision(_run_setting(self.run_dir, "mixed_precision", "auto"), self.device)
         self.classes = [meta["id2label"][str(i)] for i in range(meta["num_labels"])]
         config = read_json(self.run_dir / "labels.json") if (self.run_dir / "labels.json").exists() else {}
-        self.language = language or _run_language(self.run_dir)
+        self.language = language or _run_setting(self.run_dir, "label_language", "zh")
         self.names = [display_name(name, self.language) for name in self.classes]
         self.transform = build_transforms(meta["image_size"], meta["image_mean"], meta["image_std"], train=False)
         self._folders = set(config.get("folders", self.classes))
@@ -95,7 +95,7 @@ class Predictor:
             probabilities = logits.float().softmax(dim=-1).cpu()
             values, indices = probabilities.topk(top_k, dim=-1)
             for path, row_values, row_indices in zip(kept, values.tolist(), indices.tolist()):
-                top = [(self.classes[i], self.names[i], round(p, 4)) for p, i in zip(row_values, row_indices)]
+                top = [(self.classes[i], self.names[i], p) for p, i in zip(row_values, row_indices)]
                 parent = path.parent.name
                 results.append(Prediction(path, top, parent if parent in self._folders else None))
         if skipped:
@@ -103,14 +103,15 @@ class Predictor:
         return results
 
 
-def _run_language(run_dir: Path) -> str:
+def _run_setting(run_dir: Path, key: str, default: str) -> str:
+    """读运行文件夹 config.yaml 里的一项设置；读不到时用默认值。"""
     import yaml
 
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        return config.get("label_language", "zh")
+        return config.get(key, default)
     except (OSError, yaml.YAMLError, AttributeError):
-        return "zh"
+        return default
 
 
 def predict(run_dir: str | Path, inputs, top_k: int = 3, model: str | None = None, device: str = "auto") -> list[Prediction]:

@@ -214,7 +214,12 @@ class Progress:
 
     def __init__(self, total: int, description: str, mode: str = "auto", start: int = 0):
         if mode == "auto":
-            mode = "notebook" if _in_notebook() else ("bar" if sys.stdout.isatty() else "none")
+            if _in_notebook():
+                mode = "notebook"
+            elif sys.stdout.isatty():
+                mode = "bar"
+            else:
+                mode = "none"
         self.mode = mode
         self.total = total
         self.count = start

@@ -213,6 +213,11 @@ def _train(config: TrainConfig, run_dir: Path | None) -> TrainResult:
     else:
         split_dir = data_lib.find_split_dir(Path(config.data_dir), config.split_dir)
         split = data_lib.make_split(scan, split_dir, config.val_fraction, config.test_fraction, config.seed)
+    if config.max_train_images is not None and config.max_train_images < len(scan.classes):
+        raise ConfigError(
+            f"配置项 max_train_images={config.max_train_images} 小于类别数 {len(scan.classes)}：每个类别至少要有一张训练图像。"
+            f"允许范围：[{len(scan.classes)}, ∞)，或设为 null 使用全部图像。"
+        )
     if config.max_train_images is not None:
         split.train = data_lib.stratified_subset(split.train, config.max_train_images)
         data_lib.check_split(split, scan.classes)
@@ -284,6 +289,8 @@ def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, sca
 
     if config.method == "full":
         apply_unfreeze(model, config.unfreeze_schedule, state["epoch"])
+    if config.method == "lora" and config.unfreeze_schedule:
+        logger.warning("unfreeze_schedule 只对 full 方法有效，LoRA 训练会忽略它。")
     _log_start(config, run_dir, scan, split, model, anatomy, groups, device, dtype, steps_per_epoch)
 
     # 逐 epoch 训练与验证
@@ -354,11 +361,15 @@ def _train_one_epoch(model, loader, sampler, optimizer, scheduler, scaler, loss_
     pending = 0
     for batch in loader:
         batch_index += 1
-        if batch is None:
+        loader.dataset.record_failed(batch.failed)
+        if batch.images is None:
             bar.update()
+            if pending and batch_index == batches_per_epoch:
+                _optimizer_step(model, optimizer, scheduler, scaler, config)
+                pending = 0
             continue
         step_started = time.perf_counter()
-        images, labels = batch[0].to(device), batch[1].to(device)
+        images, labels = batch.images.to(device), batch.labels.to(device)
 
         # 前向与反向（梯度累积时 loss 按步数缩小）
         with autocast(device, dtype):
@@ -372,17 +383,7 @@ def _train_one_epoch(model, loader, sampler, optimizer, scheduler, scaler, loss_
 
         # 累积够了（或到了 epoch 末尾）就更新一次参数
         if pending == config.grad_accum_steps or batch_index == batches_per_epoch:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            _optimizer_step(model, optimizer, scheduler, scaler, config)
             pending = 0
 
         # 统计
@@ -403,6 +404,21 @@ def _train_one_epoch(model, loader, sampler, optimizer, scheduler, scaler, loss_
         "train_accuracy": round(state["correct"] / seen, 5),
         "images_per_second": round(state["images_seen"] / max(state["step_seconds"], 1e-9), 2),
     }
+
+
+def _optimizer_step(model, optimizer, scheduler, scaler, config) -> None:
+    """梯度裁剪、更新参数、推进学习率计划、清零梯度。"""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if config.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _save_interrupt(checkpointer, model, optimizer, scheduler, scaler, boundary, memory) -> None:
