@@ -52,11 +52,34 @@ def scrub(text: str, replacements: list[tuple[str, str]]) -> str:
     return re.sub(r"(?:/[^\s/'\"]+)+/site-packages/", "<site-packages>/", text)
 
 
+def apply_carriage_returns(text: str) -> str:
+    """像终端一样处理回车：每行只留最后一个 \r 之后的内容（进度条的最终状态）。"""
+    lines = text.replace("\r\n", "\n").split("\n")
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in lines)
+
+
+def coalesce_streams(outputs: list) -> list:
+    """把相邻的同名 stream 输出合并成一个，再处理回车；网页上就是一整块日志，而不是几十个小块。"""
+    merged: list = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (output.get("output_type") == "stream" and previous is not None
+                and previous.get("output_type") == "stream" and previous.get("name") == output.get("name")):
+            previous["text"] += output["text"]
+        else:
+            merged.append(output)
+    for output in merged:
+        if output.get("output_type") == "stream":
+            output["text"] = apply_carriage_returns(output["text"])
+    return merged
+
+
 def scrub_outputs(notebook: nbformat.NotebookNode) -> None:
     replacements = private_strings()
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
+        cell["outputs"] = coalesce_streams(cell.get("outputs", []))
         for output in cell.get("outputs", []):
             if "text" in output:
                 output["text"] = scrub(output["text"], replacements)

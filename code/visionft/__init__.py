@@ -5,6 +5,11 @@
     result = train(config)
 """
 
+import warnings
+
+# tqdm.auto 在没有装 ipywidgets 的 notebook 里会警告；visionft 自己画进度条，用不到它
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 from .config import ConfigError, TrainConfig, load_config
 from .evaluate import evaluate
 from .predict import Predictor, plot_predictions, predict

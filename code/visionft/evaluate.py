@@ -70,17 +70,16 @@ def compute_metrics(labels: np.ndarray, predictions: np.ndarray, class_names: li
 
 def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path, title: str = "混淆矩阵") -> None:
     """画混淆矩阵（行是真实品种，列是预测品种），格子里写数量，保存为 PNG。"""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # 用 Figure 对象而不是 pyplot：不切换 matplotlib 后端，也不会在 notebook 里多显示一张图
+    from matplotlib.figure import Figure
 
     from .plotting import save_figure, setup_chinese_font
 
     setup_chinese_font()
     matrix_array = np.asarray(matrix)
     size = max(5.0, 0.55 * len(class_names) + 2.5)
-    figure, axes = plt.subplots(figsize=(size, size * 0.9))
+    figure = Figure(figsize=(size, size * 0.9))
+    axes = figure.subplots()
     image = axes.imshow(matrix_array, cmap="Blues")
     axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     axes.set_yticks(range(len(class_names)), class_names)
@@ -98,7 +97,6 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     figure.tight_layout()
     save_figure(figure, path)
-    plt.close(figure)
 
 
 def write_evaluation(metrics: dict, folder: Path, title: str) -> None:
