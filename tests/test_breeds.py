@@ -16,7 +16,7 @@ except ImportError:
     sys.path.insert(0, str(REPO_ROOT / "code"))
     from visionft import breeds
 
-STANFORD_DOGS_120_DIR = Path("/work/shared/data/stanford-dogs-120-mini")
+STANFORD_DOGS_120_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stanford-dogs-120-mini"
 
 
 def test_all_120_folders_have_chinese_name():

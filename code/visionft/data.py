@@ -420,6 +420,7 @@ class EpochSampler(Sampler[int]):
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sampler | None = None) -> DataLoader:
+    # NOTE: num_workers > 0 时，worker 进程里数据增强的随机数状态不进检查点，恢复训练后的结果会与不中断时略有差别。
     return DataLoader(
         dataset,
         batch_size=batch_size,
