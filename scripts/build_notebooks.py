@@ -1,6 +1,6 @@
 """生成并执行课程 notebook：scripts/notebooks/*.md（MyST 格式）→ book/**/*.ipynb（带输出）。
 
-    python scripts/build_notebooks.py            # 重新训练并执行全部 notebook（2 核 CPU 上约 10 分钟）
+    python scripts/build_notebooks.py            # 重新训练并执行全部 notebook（2 核 CPU 上实测约 7.5 分钟）
     python scripts/build_notebooks.py lora       # 只执行一个
     python scripts/build_notebooks.py --no-execute   # 只转换格式，不执行（输出为空）
 
@@ -101,7 +101,7 @@ def build(name: str, execute: bool, timeout: int) -> float:
         for run_dir in run_dirs:
             shutil.rmtree(ROOT / run_dir, ignore_errors=True)
         env_before = dict(os.environ)
-        # 进度条与日志不带颜色，transformers 不联网检查更新
+        # 不向 Hugging Face 发送使用统计
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
         try:
             NotebookClient(notebook, timeout=timeout, kernel_name="python3",
