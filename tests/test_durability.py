@@ -48,20 +48,29 @@ class Crash(BaseException):
     """模拟 kill -9：不是 KeyboardInterrupt，训练代码来不及保存任何东西。"""
 
 
-def crash_after(monkeypatch, calls: int, error: type[BaseException]):
-    """让训练在第 calls 次前向计算时抛出 error。"""
+def before_forward(monkeypatch, calls: int, action):
+    """在训练的第 calls 次前向计算之前调用 action（抛出异常，或者给自己发信号）。"""
     train_module = importlib.import_module("visionft.train")
 
     original = train_module.logits_for
     counter = {"n": 0}
 
-    def failing(model, images):
+    def patched(model, images):
         counter["n"] += 1
         if counter["n"] == calls and model.training:
-            raise error()
+            action()
         return original(model, images)
 
-    monkeypatch.setattr(train_module, "logits_for", failing)
+    monkeypatch.setattr(train_module, "logits_for", patched)
+
+
+def crash_after(monkeypatch, calls: int, error):
+    """让训练在第 calls 次前向计算时抛出 error。"""
+
+    def fail():
+        raise error()
+
+    before_forward(monkeypatch, calls, fail)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -84,21 +93,46 @@ def test_resume_after_crash_matches(monkeypatch, tiny_model_dir, data_dir, tmp_p
     assert resumed.results["resumed_times"] == 1
 
 
-def test_ctrl_c_saves_mid_epoch(monkeypatch, tiny_model_dir, data_dir, tmp_path):
-    settings = dict(method="lora", num_epochs=2)
+def make_noise_folder(root: Path, per_class: int = 16) -> Path:
+    """纯噪声图像：学不会，loss 一直在 1 左右，随机数稍有不同就会体现在指标上。"""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_ctrl_c_saves_mid_epoch(monkeypatch, tiny_model_dir, tmp_path):
+    data_dir = make_noise_folder(tmp_path / "noise")
+    settings = dict(method="lora", num_epochs=2, lora_dropout=0.5)
     reference = train(tiny_config(tiny_model_dir("vit"), data_dir, tmp_path / "a", **settings))
 
-    crash_after(monkeypatch, calls=3, error=KeyboardInterrupt)
+    # 第 3 个 batch 的前向计算之前按下 Ctrl-C：这个 batch 照常做完，然后保存检查点退出
+    before_forward(monkeypatch, calls=3, action=lambda: signal.raise_signal(signal.SIGINT))
     with pytest.raises(TrainingInterrupted):
         train(tiny_config(tiny_model_dir("vit"), data_dir, tmp_path / "b", **settings))
     monkeypatch.undo()
     run_dir = tmp_path / "b" / "run"
     state = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=True)
     assert state["epoch"] == 0
-    assert state["batch"] == 2  # 第 3 个 batch 被打断，保存的是前 2 个 batch 之后的状态
+    assert state["batch"] == 3
 
     train(resume=run_dir)
     assert_same_history(history_of(run_dir), reference.history)
+
+
+def test_second_ctrl_c_skips_mid_epoch_save(monkeypatch, tiny_model_dir, data_dir, tmp_path):
+    # 第二次 Ctrl-C（这里直接抛 KeyboardInterrupt）可能打在参数更新半途：不保存 epoch 中途的状态
+    crash_after(monkeypatch, calls=8 + 2, error=KeyboardInterrupt)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tiny_model_dir("vit"), data_dir, tmp_path, num_epochs=2))
+    state = torch.load(tmp_path / "run" / "last" / "trainer_state.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert state["batch"] == 0
 
 
 def _write_yaml(config, path: Path) -> Path:
@@ -206,14 +240,7 @@ def test_replace_dir_swaps_complete_folder(tmp_path):
 
 def test_best_checkpoint_is_best_epoch(tiny_model_dir, tmp_path):
     # 纯噪声图像：验证准确率会上下波动，正好检验"更差的 epoch 不替换 best/"
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name in ("a", "b", "c"):
-        (tmp_path / "noise" / name).mkdir(parents=True)
-        for i in range(16):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "noise" / name / f"{i}.png")
+    make_noise_folder(tmp_path / "noise")
     result = train(tiny_config(tiny_model_dir("dinov2"), tmp_path / "noise", tmp_path / "runs", method="full",
                                num_epochs=6, lr=5e-2))
     history = result.history
@@ -335,3 +362,26 @@ def test_gradient_checkpointing_trains_lora(tiny_model_dir, data_dir, tmp_path):
     assert grads
     assert all(g is not None for g in grads.values())
     assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+
+
+def test_run_without_weights_explains(tiny_model_dir, data_dir, tmp_path, capsys):
+    import shutil
+
+    from visionft.cli import main
+
+    result = train(tiny_config(tiny_model_dir("vit"), data_dir, tmp_path))
+    shutil.rmtree(result.run_dir / "best")  # 课程仓库里提交的运行文件夹就是这样：有指标，没有权重
+    capsys.readouterr()
+
+    assert main(["evaluate", str(result.run_dir)]) == 2
+    assert "重新训练" in capsys.readouterr().err
+    image = next((data_dir / "cat_a").iterdir())
+    assert main(["predict", str(result.run_dir), str(image)]) == 2
+    assert "重新训练" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_non_run_folder(tmp_path, capsys):
+    from visionft.cli import main
+
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "不是 visionft 的运行文件夹" in capsys.readouterr().err

@@ -10,10 +10,12 @@ import warnings
 # tqdm.auto 在没有装 ipywidgets 的 notebook 里会警告；visionft 自己画进度条，用不到它
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from .config import ConfigError, TrainConfig, load_config
-from .evaluate import evaluate
-from .predict import Predictor, plot_predictions, predict
-from .train import TrainResult, train
+# NOTE: 这里直接导入 torch 与 transformers，所以连 `python -m visionft --help` 也要几秒。
+# 改成按需导入会让 `visionft.train` 有时是函数、有时是同名子模块，更容易用错，所以保持直接导入。
+from .config import ConfigError, TrainConfig, load_config  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from .predict import Predictor, plot_predictions, predict  # noqa: E402
+from .train import TrainResult, train  # noqa: E402
 
 __all__ = ["ConfigError", "Predictor", "TrainConfig", "TrainResult", "evaluate", "load_config", "plot_predictions",
            "predict", "train"]

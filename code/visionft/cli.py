@@ -119,17 +119,25 @@ def _run_predict(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from .io import display_path
-    from .predict import Predictor, format_predictions, plot_predictions
+    from .predict import Predictor, collect_images, format_predictions, plot_predictions
 
     if args.json:
         # stdout 只留 JSON，日志改写到 stderr，方便其他程序解析
         for handler in logging.getLogger("visionft").handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setStream(sys.stderr)
+    if args.top_k < 1:
+        raise ConfigError(f"--top_k 应当是正整数，收到 {args.top_k}。")
+    images = collect_images(args.inputs)  # 先检查输入，再花几秒加载模型
+    if not images:
+        from .data import IMAGE_EXTENSIONS
+
+        print(f"错误：给出的路径里没有图像文件（支持的扩展名：{'、'.join(sorted(IMAGE_EXTENSIONS))}）。", file=sys.stderr)
+        return 2
     predictor = Predictor(args.run_dir, model=args.model, device=args.device)
-    predictions = predictor.predict(args.inputs, top_k=args.top_k)
+    predictions = predictor.predict(images, top_k=args.top_k)
     if not predictions:
-        print("没有可以预测的图像。", file=sys.stderr)
+        print("错误：所有图像都无法读取，见上面的警告。", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps([{"path": display_path(p.path), "top_k": [{"label": f, "name": n, "probability": prob} for f, n, prob in p.top_k],
@@ -145,16 +153,18 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, leftovers = parser.parse_known_args(argv)
+    if leftovers and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
+
+    # 解析完参数再导入 torch 等重的依赖：--help 和参数错误可以立刻返回
     from .data import DataError
     from .model import ModelLoadError
     from .runtime import setup_logging
     from .train import TrainingError
 
     setup_logging()
-    parser = build_parser()
-    args, leftovers = parser.parse_known_args(argv)
-    if leftovers and args.command != "train":
-        parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
     try:
         if args.command == "train":
             return _run_train(args, leftovers)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -44,28 +45,35 @@ class TrainConfig:
     image_size: int = 112
     """输入图像边长（像素）。DINOv2 的 patch 是 14，取 14 的倍数最省事。"""
     max_train_images: int | None = None
-    """只用前 N 张训练图像（调试用）；`null` 表示全部使用。"""
+    """只用 N 张训练图像（按类别轮流抽取，调试用）；`null` 表示全部使用。"""
     label_language: str = "zh"
     """图表和预测结果里品种名的语言：`zh` 或 `en`。"""
 
     # 优化
     num_epochs: int = 3
+    """训练多少个 epoch（完整遍历训练集的次数）。"""
     batch_size: int = 32
+    """每一步送进模型的图像数。显存或内存不够时调小，再用 grad_accum_steps 保持有效 batch size。"""
     grad_accum_steps: int = 1
     """梯度累积步数：有效 batch size = batch_size × grad_accum_steps。"""
     lr: float = 1e-3
     """学习率。full 方法里这是分类头的学习率，往下每一层再乘一次 layer_decay。"""
     weight_decay: float = 0.01
+    """AdamW 的权重衰减系数（偏置和 LayerNorm 不衰减）。"""
     warmup_ratio: float = 0.1
     """学习率线性预热占总步数的比例，之后余弦衰减到 0。"""
     label_smoothing: float = 0.0
+    """交叉熵的标签平滑系数，0 表示不平滑。"""
     max_grad_norm: float = 1.0
     """梯度裁剪的最大范数；0 表示不裁剪。"""
 
     # LoRA
     lora_r: int = 8
+    """LoRA 低秩矩阵的秩 r：越大可训练参数越多。"""
     lora_alpha: int = 16
+    """LoRA 的缩放系数 alpha：更新量按 alpha / r 缩放。"""
     lora_dropout: float = 0.1
+    """LoRA 分支输入上的 dropout 比例。"""
     lora_target_modules: list[str] | str = "auto"
     """LoRA 注入的模块名；`auto` 按骨干网络的结构选注意力的 query 与 value。"""
 
@@ -81,9 +89,13 @@ class TrainConfig:
     mixed_precision: str = "auto"
     """`auto`、`bf16`、`fp16` 或 `no`。设备不支持时回退到 FP32 并说明。"""
     gradient_checkpointing: bool = False
+    """梯度检查点：反向传播时重算前向，激活值占的内存大幅减少，每步约慢三分之一。"""
     num_workers: int = 0
+    """DataLoader 读图的子进程数；0 表示在主进程里读（CPU 上训练时通常最快，恢复训练也完全可复现）。"""
     seed: int = 42
+    """随机种子：决定数据划分、数据增强、dropout 和分类头初始化，同样的种子得到同样的结果。"""
     output_dir: str = "runs"
+    """运行文件夹放在哪个文件夹下。"""
     run_name: str | None = None
     """运行文件夹的名字；`null` 表示用 方法-档位-时间 自动命名。已存在的文件夹不会被覆盖。"""
     progress: str = "auto"
@@ -289,7 +301,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return from_dict(values)
     except ConfigError as error:
-        where = f"（来自 {path}）" if path is not None else ""
+        # 指出出错的值来自哪里：命令行（或 notebook 里的覆盖字典）还是配置文件
+        match = re.search(r"配置项[：\s]*([A-Za-z_]+)", str(error))
+        key = match.group(1) if match else None
+        if key is not None and key in (overrides or {}):
+            where = f"（来自覆盖项 {key}，例如命令行上的 --{key}）"
+        elif path is not None:
+            where = f"（来自 {path}）"
+        else:
+            where = ""
         raise ConfigError(f"{error}{where}") from None
 
 

@@ -144,7 +144,8 @@ def compare_runs(run_dirs: list[str | Path]):
             "骨干网络": results["model"],
             "图像尺寸": f"{results['image_size']}×{results['image_size']}",
             "epoch 数": results["num_epochs"],
-            "数据": f"{results['data_dir']}（{results['num_classes']} 类，训练 {results['num_train_images']} 张，测试 {results['num_test_images']} 张，{'官方划分' if results['split'] == 'official' else '分层随机划分'}）",
+            "数据": f"{results['num_classes']} 类，训练/验证/测试 {results['num_train_images']}/{results['num_val_images']}/{results['num_test_images']} 张",
+            "划分": "Stanford Dogs 官方划分" if results["split"] == "official" else "分层随机划分",
             "硬件": f"{results['hardware']}，{results['mixed_precision']}",
             "完成时间": results["finished_at"],
         }

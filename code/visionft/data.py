@@ -63,7 +63,7 @@ def load_image(path: str | Path) -> Image.Image:
     except ImageDecodeError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageDecodeError(f"{path.name} 无法解码：{error}") from error
+        raise ImageDecodeError(f"{path.name} 无法解码：{describe_decode_error(error)}") from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -90,6 +90,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+_PIL_MESSAGES = (
+    ("cannot identify image file", "无法识别的图像格式：文件可能不是图像，或扩展名与内容不符"),
+    ("image file is truncated", "图像文件被截断：下载或复制可能不完整"),
+    ("broken data stream", "图像数据损坏"),
+    ("exceeds limit", "图像像素数超过安全上限（可能是解压炸弹），已拒绝"),
+)
+
+
+def describe_decode_error(error: BaseException) -> str:
+    """把 PIL 常见的英文错误换成中文说明，并保留原文便于搜索。"""
+    text = str(error) or type(error).__name__
+    for english, chinese in _PIL_MESSAGES:
+        if english in text:
+            return f"{chinese}（{text}）"
+    return text
+
+
 def check_image(path: Path) -> str | None:
     """完整解码一遍（JPEG 用 draft 模式降采样，快得多）；可用时返回 None，否则返回原因。"""
     try:
@@ -102,7 +119,7 @@ def check_image(path: Path) -> str | None:
                     image.draft("RGB", (64, 64))
                 image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return str(error) or type(error).__name__
+        return describe_decode_error(error)
     return None
 
 
@@ -421,6 +438,8 @@ class EpochSampler(Sampler[int]):
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sampler | None = None) -> DataLoader:
     # NOTE: num_workers > 0 时，worker 进程里数据增强的随机数状态不进检查点，恢复训练后的结果会与不中断时略有差别。
+    # DataLoader 每次创建迭代器都要抽一个随机种子；给它单独的生成器，就不会动到全局随机数，
+    # 从 epoch 中途恢复时，数据增强和 dropout 用到的全局随机数序列与不中断时一致。
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -429,6 +448,7 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sa
         num_workers=num_workers,
         collate_fn=collate_skip_bad,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(0),
     )
 
 

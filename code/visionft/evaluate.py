@@ -125,6 +125,8 @@ def evaluate(run_dir: str | Path, data_dir: str | None = None, split: str = "tes
 
     setup_logging()
     run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"{display_path(run_dir)} 不是 visionft 的运行文件夹（缺少 config.yaml）。请传 runs/ 下的某个运行文件夹。")
     config = load_config(run_dir / "config.yaml")
     labels = read_json(run_dir / "labels.json")
     classes = labels["folders"]

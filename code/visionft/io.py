@@ -29,6 +29,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp 建的临时文件只有属主可读（0600）；换上去之前改成普通文件的权限，别人也能读运行结果
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +48,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -124,9 +135,16 @@ def create_run_dir(output_dir: str | Path, run_name: str) -> Path:
 
 
 def display_path(path: str | Path) -> str:
-    """把路径写成相对当前目录的形式，日志和 notebook 输出里不出现本机的绝对路径与用户名。"""
+    """给日志和消息用的路径：相对路径和当前目录之下的路径写成相对形式，其他绝对路径照原样。
+
+    notebook 里的路径都是相对仓库根目录的，所以输出里不会出现本机的绝对路径与用户名；
+    用户在命令行上给的绝对路径则原样显示，方便对照。
+    """
     path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
     try:
-        return os.path.relpath(path)
+        relative = Path(os.path.relpath(path))
     except ValueError:  # Windows 上不同盘符之间没有相对路径
-        return path.name
+        return str(path)
+    return str(path) if relative.parts[:1] == ("..",) else relative.as_posix()

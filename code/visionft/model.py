@@ -48,7 +48,7 @@ def _quiet_transformers() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
-def load_backbone(model_name: str, id2label: dict[int, str]) -> nn.Module:
+def load_backbone(model_name: str, id2label: dict[int, str], new_head: bool = True) -> nn.Module:
     """加载 Hub 上的图像分类模型或本地文件夹，换上 num_labels 个输出的新分类头。"""
     from transformers import AutoModelForImageClassification
 
@@ -71,7 +71,10 @@ def load_backbone(model_name: str, id2label: dict[int, str]) -> nn.Module:
             "如果你在线：检查模型 id 的拼写。如果连不上 Hugging Face Hub（例如在中国大陆）："
             "设置 HF_ENDPOINT 使用镜像，或从 ModelScope 下载后用 --model 传本地文件夹，见 FAQ。"
         ) from error
-    logger.info("已加载骨干网络 %s（%s），分类头是新初始化的 %d 类输出层。", model_name, type(model).__name__, len(id2label))
+    if new_head:
+        logger.info("已加载骨干网络 %s（%s），分类头是新初始化的 %d 类输出层。", model_name, type(model).__name__, len(id2label))
+    else:
+        logger.info("已加载骨干网络 %s（%s），接着装入训练好的权重。", model_name, type(model).__name__)
     return model
 
 
@@ -294,6 +297,17 @@ def load_trained_model(checkpoint: Path, base_model: str | None = None) -> tuple
     """
     checkpoint = Path(checkpoint)
     meta_path = checkpoint / META_FILE
+    if not checkpoint.is_dir():
+        run_dir = checkpoint.parent
+        if (run_dir / "results.json").is_file():
+            raise ModelLoadError(
+                f"{display_path(run_dir)} 训练完成了，但权重文件夹 {checkpoint.name}/ 不在这里"
+                "（课程仓库只提交指标和图，不提交权重）。请重新训练一次：python -m visionft train --config <配置文件> ..."
+            )
+        raise ModelLoadError(
+            f"{display_path(run_dir)} 里没有 {checkpoint.name}/ 检查点：这次训练还没有完成任何一个 epoch。"
+            f"可以用 python -m visionft train --resume {display_path(run_dir)} 继续训练。"
+        )
     if not meta_path.is_file():
         raise ModelLoadError(f"{display_path(checkpoint)} 不是 visionft 保存的检查点（缺少 {META_FILE}）。")
     meta = read_json(meta_path)
@@ -305,7 +319,7 @@ def load_trained_model(checkpoint: Path, base_model: str | None = None) -> tuple
         if not (checkpoint / "adapter_model.safetensors").is_file():
             raise ModelLoadError(f"{display_path(checkpoint)} 里没有 adapter_model.safetensors：visionft 只读取 safetensors 格式的权重。")
         base_name = base_model or meta["base_model"]
-        base = load_backbone(base_name, id2label)
+        base = load_backbone(base_name, id2label, new_head=False)
         _check_signature(meta["backbone"], backbone_signature(base), base_name, checkpoint)
         try:
             model = PeftModel.from_pretrained(base, checkpoint)

@@ -58,8 +58,6 @@ class Predictor:
     def __init__(self, run_dir: str | Path, model: str | None = None, device: str = "auto", language: str | None = None):
         setup_logging()
         self.run_dir = Path(run_dir)
-        if not (self.run_dir / "best").is_dir():
-            raise FileNotFoundError(f"{display_path(self.run_dir)} 里没有 best/ 检查点：这个运行还没有完成任何一个 epoch。")
         self.model, meta = load_trained_model(self.run_dir / "best", base_model=model)
         self.device = select_device(device)
         self.model.to(self.device)
@@ -76,7 +74,9 @@ class Predictor:
         if isinstance(inputs, (str, Path)):
             inputs = [inputs]
         paths = collect_images(inputs)
-        top_k = max(1, min(top_k, len(self.classes)))
+        if top_k < 1:
+            raise ValueError(f"top_k 应当是正整数，收到 {top_k}。")
+        top_k = min(top_k, len(self.classes))
         results: list[Prediction] = []
         skipped = 0
         for start in range(0, len(paths), batch_size):

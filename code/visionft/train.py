@@ -11,6 +11,8 @@ import logging
 import math
 import pickle
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +49,41 @@ class TrainingError(RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """训练被 Ctrl-C 中断；中断前已保存可恢复的检查点。"""
+
+
+class _StopRequest:
+    """把 Ctrl-C 推迟到当前 batch 结束：模型、优化器和随机数状态在那一刻彼此一致，保存的检查点才能原样恢复。
+
+    第二次 Ctrl-C 立即抛出 KeyboardInterrupt（这时不保存 epoch 中途的状态，恢复时用最近一个 epoch 结束时的检查点）。
+    只在主线程里生效；其他线程里调用 train 时，Ctrl-C 照常立即中断。
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("收到 Ctrl-C：当前 batch 结束后保存检查点并退出（再按一次立即退出，只保留最近一个 epoch 的检查点）。")
+
+    def check(self) -> None:
+        if self.requested:
+            raise _GracefulStop
+
+
+class _GracefulStop(KeyboardInterrupt):
+    """在 batch 之间响应 Ctrl-C：这时的状态是一致的，可以保存。"""
 
 
 def _image_stats(model_name: str) -> tuple[list[float], list[float]]:
@@ -244,8 +281,8 @@ def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, sca
     id2label = dict(enumerate(scan.classes))
 
     # 模型：加载骨干，按方法准备
-    mean, std = _image_stats(config.model)
     model = load_backbone(config.model, id2label)
+    mean, std = _image_stats(config.model)
     model = prepare_model(model, config)
     model.to(device)
     anatomy = describe_model(model.get_base_model() if config.method == "lora" else model)
@@ -295,18 +332,27 @@ def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, sca
 
     # 逐 epoch 训练与验证
     boundary = {"state": dict(state), "rng": rng_state()}
-    with PeakMemory(device) as memory:
+    # 从 epoch 中途恢复时，保存的 train_seconds 已含本 epoch 中断前的时间；先拿出来，epoch 结束时再加回去
+    resumed_epoch_seconds = None
+    if state["batch"] > 0:
+        resumed_epoch_seconds = state["train_seconds"] - state.get("epoch_start_seconds", state["train_seconds"])
+        state["train_seconds"] = state.get("epoch_start_seconds", state["train_seconds"])
+    with PeakMemory(device) as memory, _StopRequest() as stop:
         memory.peak_bytes = max(memory.peak_bytes, state["peak_memory_bytes"])
         try:
             for epoch in range(state["epoch"], config.num_epochs):
                 unfrozen = apply_unfreeze(model, config.unfreeze_schedule, epoch) if config.method == "full" else None
                 trainable, total = count_parameters(model)
                 epoch_started = time.perf_counter()
+                epoch_lr = max(group["lr"] for group in optimizer.param_groups)
                 train_metrics = _train_one_epoch(model, train_loader, sampler, optimizer, scheduler, scaler, loss_fn,
-                                                 device, dtype, config, state, epoch, batches_per_epoch, boundary)
+                                                 device, dtype, config, state, epoch, batches_per_epoch, boundary, stop)
                 val = predict_loader(model, val_loader, device, dtype, description="验证", progress=config.progress)
                 val_metrics = compute_metrics(val["labels"], val["predictions"], scan.classes)
-                state["train_seconds"] += time.perf_counter() - epoch_started
+                # 从 epoch 中途恢复时，加上中断前这个 epoch 已用的时间
+                epoch_seconds = time.perf_counter() - epoch_started + (resumed_epoch_seconds or 0.0)
+                resumed_epoch_seconds = None
+                state["train_seconds"] += epoch_seconds
 
                 # 最佳检查点：验证准确率更高，或一样高而验证 loss 更低时才替换
                 improved = (val_metrics["accuracy"], -val["loss"]) > (state["best_val_accuracy"], -state["best_val_loss"])
@@ -320,10 +366,10 @@ def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, sca
                     "val_loss": round(val["loss"], 5),
                     "val_accuracy": round(val_metrics["accuracy"], 5),
                     "val_macro_f1": round(val_metrics["macro_f1"], 5),
-                    "lr": scheduler.get_last_lr()[0] if config.method == "lora" else max(scheduler.get_last_lr()),
+                    "lr": epoch_lr,
                     "trainable_params": trainable,
                     "unfrozen_blocks": unfrozen,
-                    "epoch_seconds": round(time.perf_counter() - epoch_started, 1),
+                    "epoch_seconds": round(epoch_seconds, 1),
                     "best": improved,
                 }
                 history.append(record)
@@ -334,9 +380,15 @@ def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, sca
                 state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, correct=0, seen=0, peak_memory_bytes=memory.peak_bytes)
                 boundary = {"state": dict(state), "rng": rng_state()}
                 checkpointer.save_last(model, optimizer, scheduler, scaler, {**state, "rng": boundary["rng"]})
-        except KeyboardInterrupt:
+                stop.check()
+        except _GracefulStop:
             _save_interrupt(checkpointer, model, optimizer, scheduler, scaler, boundary, memory)
             logger.warning("训练被中断，已保存检查点。继续训练：python -m visionft train --resume %s", display_path(run_dir))
+            raise TrainingInterrupted(str(run_dir)) from None
+        except KeyboardInterrupt:
+            # 第二次 Ctrl-C 可能打断在参数更新的半途，这时的权重不可信，不保存；last/ 里是最近一个 epoch 结束时的状态
+            logger.warning("训练被立即中断，未保存 epoch 中途的状态。继续训练：python -m visionft train --resume %s",
+                           display_path(run_dir))
             raise TrainingInterrupted(str(run_dir)) from None
         except torch.OutOfMemoryError as error:
             if device.type == "cuda":
@@ -350,9 +402,11 @@ def _train_in_run_dir(config, run_dir, resuming, scan, split, device, dtype, sca
 
 
 def _train_one_epoch(model, loader, sampler, optimizer, scheduler, scaler, loss_fn, device, dtype, config, state,
-                     epoch, batches_per_epoch, boundary) -> dict:
+                     epoch, batches_per_epoch, boundary, stop) -> dict:
     """训练一个 epoch，返回平均 loss、准确率和吞吐量；每次优化器更新后把可恢复的位置记进 boundary。"""
     model.train()
+    started = time.perf_counter()
+    seconds_before = state["train_seconds"]
     start_batch = state["batch"]
     sampler.set_epoch(epoch, start_index=start_batch * config.batch_size)
     bar = Progress(batches_per_epoch, f"epoch {epoch + 1}/{config.num_epochs}", mode=config.progress, start=start_batch)
@@ -394,8 +448,11 @@ def _train_one_epoch(model, loader, sampler, optimizer, scheduler, scaler, loss_
         state["step_seconds"] += time.perf_counter() - step_started
         state["batch"] = batch_index
         if pending == 0:
-            boundary["state"] = dict(state)
+            # 中断时保存的是这一刻的状态；把本 epoch 已用的时间也算进去，恢复后 train_seconds 不会少算
+            boundary["state"] = {**state, "train_seconds": seconds_before + time.perf_counter() - started,
+                                 "epoch_start_seconds": seconds_before}
             boundary["rng"] = rng_state()
+            stop.check()
         bar.update(loss=f"{loss.item():.3f}")
     bar.close()
     seen = max(state["seen"], 1)
