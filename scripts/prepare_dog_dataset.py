@@ -850,14 +850,25 @@ def _integer_at_least(minimum: int):
     return parse
 
 
+class _ChineseUsageFormatter(argparse.HelpFormatter):
+    def add_usage(self, usage, actions, groups, prefix=None):
+        return super().add_usage(usage, actions, groups, prefix="用法：" if prefix is None else prefix)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=_ChineseUsageFormatter,
         description=(
             "准备 Stanford Dogs 数据集（ImageFolder 布局）：下载或读取本地副本，安全解压，"
             "可选裁剪到标注框并缩放，选出品种子集，写出官方训练/测试划分。"
             "图片只能用于非商业的研究与教学，不要提交到仓库。"
         ),
+        add_help=False,
+        allow_abbrev=False,
     )
+    # argparse 自带的小节标题和 -h 说明是英文；本脚本不导入 visionft（安装前也能运行），所以在这里换成中文
+    parser._optionals.title = "选项"
+    parser.add_argument("-h", "--help", action="help", help="显示帮助并退出")
     source = parser.add_argument_group("数据来源")
     source.add_argument(
         "--source_dir", type=Path, default=None,
