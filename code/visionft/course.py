@@ -40,8 +40,8 @@ class CoursePaths:
 
 def find_repo_root(start: Path | None = None) -> Path:
     """从 start（默认当前目录）往上找含 _toc.yml 和 code/configs 的文件夹。"""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
+    start_dir = (start or Path.cwd()).resolve()
+    for folder in (start_dir, *start_dir.parents):
         if (folder / "_toc.yml").is_file() and (folder / "code" / "configs").is_dir():
             return folder
     raise FileNotFoundError("找不到课程仓库的根目录（含 _toc.yml 与 code/configs 的文件夹）。请在仓库里打开 notebook。")
@@ -184,7 +184,7 @@ def layer_lr_table(config):
     """按配置加载骨干，列出全量微调时每一层的学习率（逐层衰减后）和参数量。"""
     import pandas as pd
 
-    from .model import describe_model, full_parameter_groups, load_backbone
+    from .model import describe_model, full_parameter_groups, layer_name, load_backbone
 
     from .data import scan_image_folder
 
@@ -194,13 +194,7 @@ def layer_lr_table(config):
     rows: dict[int, dict] = {}
     for group in full_parameter_groups(model, config):
         layer = group["layer"]
-        if layer == 0:
-            name = "嵌入层"
-        elif layer == anatomy.num_blocks + 1:
-            name = "最后的 LayerNorm + 分类头"
-        else:
-            name = f"block {layer}"
-        row = rows.setdefault(layer, {"层": name, "学习率": group["lr"], "参数量": 0})
+        row = rows.setdefault(layer, {"层": layer_name(layer, anatomy.num_blocks), "学习率": group["lr"], "参数量": 0})
         row["参数量"] += sum(p.numel() for p in group["params"])
     table = pd.DataFrame([rows[layer] for layer in sorted(rows, reverse=True)]).set_index("层")
     table["学习率"] = table["学习率"].map(lambda value: f"{value:.2e}")

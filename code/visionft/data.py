@@ -232,6 +232,17 @@ class Split:
     test: list[tuple[str, int]]
     source: str  # "official" 或 "stratified"
 
+    @classmethod
+    def from_json(cls, saved: dict) -> "Split":
+        """从 split.json 的内容重建划分；类别编号按其中的 classes 顺序，由路径的第一级文件夹决定。"""
+        index = {name: i for i, name in enumerate(saved["classes"])}
+
+        def labelled(paths: list[str]) -> list[tuple[str, int]]:
+            return [(path, index[path.split("/")[0]]) for path in paths]
+
+        return cls(train=labelled(saved["train"]), val=labelled(saved["val"]), test=labelled(saved["test"]),
+                   source=saved["source"])
+
     def to_json(self, scan: ImageFolderScan) -> dict:
         return {
             "source": self.source,
@@ -273,7 +284,7 @@ def _stratified_take(samples: list[tuple[str, int]], fraction: float, seed: int)
     by_class: dict[int, list[tuple[str, int]]] = defaultdict(list)
     for sample in sorted(samples):
         by_class[sample[1]].append(sample)
-    taken, rest = [], []
+    selected, rest = [], []
     for label in sorted(by_class):
         items = by_class[label]
         random.Random(f"{seed}-{label}").shuffle(items)
@@ -281,9 +292,9 @@ def _stratified_take(samples: list[tuple[str, int]], fraction: float, seed: int)
         if count == 0 and fraction > 0 and len(items) >= 2:
             count = 1  # 小类别也至少留一张给验证/测试，否则这个类别在那里完全看不到
         count = min(count, len(items) - 1)
-        taken.extend(items[:count])
+        selected.extend(items[:count])
         rest.extend(items[count:])
-    return sorted(taken), sorted(rest)
+    return sorted(selected), sorted(rest)
 
 
 def make_split(scan: ImageFolderScan, split_dir: Path | None, val_fraction: float, test_fraction: float, seed: int) -> Split:

@@ -118,7 +118,7 @@ def evaluate(run_dir: str | Path, data_dir: str | None = None, split: str = "tes
     不给 data_dir 时用训练时保存的划分（split.json）里的 `split` 子集；给了 data_dir 时评估该文件夹里的全部图像，
     其中的类别必须是模型认识的类别。结果写进 <run_dir>/evaluation/<名字>/。
     """
-    from .data import DataError, ImageListDataset, build_transforms, class_display_names, make_loader, scan_image_folder
+    from .data import DataError, ImageListDataset, Split, build_transforms, class_display_names, make_loader, scan_image_folder
     from .model import load_trained_model
     from .runtime import resolve_precision, select_device, setup_logging
     from .config import load_config
@@ -143,8 +143,7 @@ def evaluate(run_dir: str | Path, data_dir: str | None = None, split: str = "tes
                 f"找不到训练时的数据文件夹 {config.data_dir}（相对当前目录）。"
                 "请在训练时的目录下运行，或用 --data_dir 指定要评估的数据文件夹。"
             )
-        index = {name: i for i, name in enumerate(classes)}
-        samples = [(path, index[path.split("/")[0]]) for path in saved[split]]
+        samples = getattr(Split.from_json(saved), split)
         skipped = len(saved.get("skipped", []))
         name = split
     else:

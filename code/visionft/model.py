@@ -184,6 +184,15 @@ def layer_id(name: str, anatomy: Anatomy) -> int:
     return anatomy.num_blocks + 1
 
 
+def layer_name(layer: int, num_blocks: int) -> str:
+    """层号（见 layer_id）的中文名字，用于日志和表格。"""
+    if layer == 0:
+        return "嵌入层"
+    if layer == num_blocks + 1:
+        return "最后的 LayerNorm + 分类头"
+    return f"block {layer}"
+
+
 def full_parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """逐层学习率衰减的参数组：层号 i 的学习率 = lr × layer_decay^(num_blocks + 1 − i)。
 

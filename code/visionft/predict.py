@@ -11,7 +11,8 @@ import torch
 
 from .breeds import display_name
 from .data import IGNORED_FILE_NAMES, IMAGE_EXTENSIONS, ImageDecodeError, _is_hidden, build_transforms, load_image
-from .io import display_path, read_json
+from .config import load_config
+from .io import display_path
 from .model import load_trained_model, logits_for
 from .runtime import autocast, resolve_precision, select_device, setup_logging
 
@@ -61,13 +62,12 @@ class Predictor:
         self.model, meta = load_trained_model(self.run_dir / "best", base_model=model)
         self.device = select_device(device)
         self.model.to(self.device)
-        self.dtype = resolve_precision(_run_setting(self.run_dir, "mixed_precision", "auto"), self.device)
+        config = load_config(self.run_dir / "config.yaml")
+        self.dtype = resolve_precision(config.mixed_precision, self.device)
         self.classes = [meta["id2label"][str(i)] for i in range(meta["num_labels"])]
-        config = read_json(self.run_dir / "labels.json") if (self.run_dir / "labels.json").exists() else {}
-        self.language = language or _run_setting(self.run_dir, "label_language", "zh")
+        self.language = language or config.label_language
         self.names = [display_name(name, self.language) for name in self.classes]
         self.transform = build_transforms(meta["image_size"], meta["image_mean"], meta["image_std"], train=False)
-        self._folders = set(config.get("folders", self.classes))
 
     @torch.no_grad()
     def predict(self, inputs: Iterable[str | Path] | str | Path, top_k: int = 3, batch_size: int = 16) -> list[Prediction]:
@@ -80,11 +80,11 @@ class Predictor:
         results: list[Prediction] = []
         skipped = 0
         for start in range(0, len(paths), batch_size):
-            images, kept = [], []
+            images, loaded_paths = [], []
             for path in paths[start:start + batch_size]:
                 try:
                     images.append(self.transform(load_image(path)))
-                    kept.append(path)
+                    loaded_paths.append(path)
                 except ImageDecodeError as error:
                     skipped += 1
                     logger.warning("跳过无法读取的图像 %s：%s", display_path(path), error)
@@ -94,24 +94,13 @@ class Predictor:
                 logits = logits_for(self.model, torch.stack(images).to(self.device))
             probabilities = logits.float().softmax(dim=-1).cpu()
             values, indices = probabilities.topk(top_k, dim=-1)
-            for path, row_values, row_indices in zip(kept, values.tolist(), indices.tolist()):
+            for path, row_values, row_indices in zip(loaded_paths, values.tolist(), indices.tolist()):
                 top = [(self.classes[i], self.names[i], p) for p, i in zip(row_values, row_indices)]
                 parent = path.parent.name
-                results.append(Prediction(path, top, parent if parent in self._folders else None))
+                results.append(Prediction(path, top, parent if parent in self.classes else None))
         if skipped:
             logger.warning("共跳过 %d 个无法读取的文件。", skipped)
         return results
-
-
-def _run_setting(run_dir: Path, key: str, default: str) -> str:
-    """读运行文件夹 config.yaml 里的一项设置；读不到时用默认值。"""
-    import yaml
-
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        return config.get(key, default)
-    except (OSError, yaml.YAMLError, AttributeError):
-        return default
 
 
 def predict(run_dir: str | Path, inputs, top_k: int = 3, model: str | None = None, device: str = "auto") -> list[Prediction]:

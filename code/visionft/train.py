@@ -26,7 +26,7 @@ from .config import ConfigError, TrainConfig, load_config, save_config, validate
 from .evaluate import compute_metrics, predict_loader, write_evaluation
 from .io import (append_jsonl, atomic_write_json, create_run_dir, display_path, find_checkpoint_dir, mark_complete,
                  read_json, read_jsonl, replace_dir)
-from .model import (ModelLoadError, apply_unfreeze, count_parameters, describe_model, full_parameter_groups, load_backbone,
+from .model import (ModelLoadError, apply_unfreeze, layer_name, count_parameters, describe_model, full_parameter_groups, load_backbone,
                     load_trained_model, logits_for, prepare_model, save_best)
 from .runtime import (PeakMemory, Progress, autocast, describe_hardware, log_to_file, resolve_precision, rng_state,
                       select_device, set_rng_state, set_seed, setup_logging)
@@ -126,15 +126,7 @@ def _format_layer_lrs(groups: list[dict], num_blocks: int) -> str:
     seen: dict[int, float] = {}
     for group in groups:
         seen.setdefault(group["layer"], group.get("initial_lr", group["lr"]))
-
-    def name(layer: int) -> str:
-        if layer == 0:
-            return "嵌入层"
-        if layer == num_blocks + 1:
-            return "分类头"
-        return f"block {layer}"
-
-    parts = [f"{name(layer)} {seen[layer]:.2e}" for layer in sorted(seen)]
+    parts = [f"{layer_name(layer, num_blocks)} {seen[layer]:.2e}" for layer in sorted(seen)]
     if len(parts) > 6:
         parts = parts[:2] + ["……"] + parts[-3:]
     return "，".join(parts)
@@ -155,21 +147,28 @@ class _Checkpointer:
             state = model.state_dict()
         return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
 
-    def save_last(self, model, optimizer, scheduler, scaler, state: dict) -> None:
-        from safetensors.torch import save_file
-
-        tmp = self.run_dir / "last.tmp"
+    def _write_dir(self, name: str, write) -> None:
+        """让 write(临时文件夹) 写好内容，标记 COMPLETE，再整体换成 <run_dir>/<name>。"""
+        tmp = self.run_dir / f"{name}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_file(self._trainable_state(model), str(tmp / "model.safetensors"))
-        payload = dict(state)
-        payload["optimizer"] = optimizer.state_dict()
-        payload["scheduler"] = scheduler.state_dict()
-        payload["scaler"] = scaler.state_dict() if scaler is not None else None
-        torch.save(payload, tmp / "trainer_state.pt")
+        write(tmp)
         mark_complete(tmp)
-        replace_dir(tmp, self.run_dir / "last")
+        replace_dir(tmp, self.run_dir / name)
+
+    def save_last(self, model, optimizer, scheduler, scaler, state: dict) -> None:
+        from safetensors.torch import save_file
+
+        def write(folder: Path) -> None:
+            save_file(self._trainable_state(model), str(folder / "model.safetensors"))
+            payload = dict(state)
+            payload["optimizer"] = optimizer.state_dict()
+            payload["scheduler"] = scheduler.state_dict()
+            payload["scaler"] = scaler.state_dict() if scaler is not None else None
+            torch.save(payload, folder / "trainer_state.pt")
+
+        self._write_dir("last", write)
 
     def load_last(self, model, optimizer, scheduler, scaler) -> dict | None:
         from safetensors.torch import load_file
@@ -197,12 +196,7 @@ class _Checkpointer:
         return payload
 
     def save_best(self, model, id2label, mean, std, extra: dict) -> None:
-        tmp = self.run_dir / "best.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save_best(model, tmp, self.config, id2label, mean, std, extra)
-        mark_complete(tmp)
-        replace_dir(tmp, self.run_dir / "best")
+        self._write_dir("best", lambda folder: save_best(model, folder, self.config, id2label, mean, std, extra))
 
 
 def _prepare_run(config: TrainConfig | None, resume: str | Path | None) -> tuple[TrainConfig, Path | None]:
@@ -239,13 +233,7 @@ def _train(config: TrainConfig, run_dir: Path | None) -> TrainResult:
     scan = data_lib.scan_image_folder(config.data_dir)
     if resuming:
         saved = read_json(run_dir / "split.json")
-        index = {name: i for i, name in enumerate(saved["classes"])}
-        split = data_lib.Split(
-            train=[(p, index[p.split("/")[0]]) for p in saved["train"]],
-            val=[(p, index[p.split("/")[0]]) for p in saved["val"]],
-            test=[(p, index[p.split("/")[0]]) for p in saved["test"]],
-            source=saved["source"],
-        )
+        split = data_lib.Split.from_json(saved)
         scan.classes = saved["classes"]
     else:
         split_dir = data_lib.find_split_dir(Path(config.data_dir), config.split_dir)
