@@ -272,9 +272,9 @@ def download_file(
         except (IncompleteDownloadError, OSError, http.client.HTTPException) as err:
             # urllib.error.URLError、HTTPError（5xx）和超时都是 OSError 的子类。
             if attempt == retries:
-                kept = f"已下载的部分保存在 {part}，" if part.exists() else ""
+                partial_note = f"已下载的部分保存在 {part}，" if part.exists() else ""
                 raise DownloadError(
-                    f"下载 {url} 失败：{err}（已重试 {retries} 次）。{kept}重新运行本脚本会从断点继续。"
+                    f"下载 {url} 失败：{err}（已重试 {retries} 次）。{partial_note}重新运行本脚本会从断点继续。"
                 ) from err
             delay = retry_delay * 2**attempt
             logger.warning("下载 %s 中断：%s。%.0f 秒后重试（第 %d/%d 次）", url, err, delay, attempt + 1, retries)

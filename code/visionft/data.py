@@ -210,10 +210,10 @@ def scan_image_folder(root: str | Path, check: bool = True, classes: Sequence[st
         # 没有可用图像的文件夹不能成为类别：模型无从学习它
         for name in scan.empty_classes:
             logger.warning("类别文件夹 %s 里没有可用的图像，不作为类别。", name)
-        kept = [name for name in class_list if name not in scan.empty_classes]
-        remap = {index[name]: i for i, name in enumerate(kept)}
+        usable_classes = [name for name in class_list if name not in scan.empty_classes]
+        remap = {index[name]: i for i, name in enumerate(usable_classes)}
         scan.samples = [(path, remap[label]) for path, label in scan.samples]
-        scan.classes = kept
+        scan.classes = usable_classes
     if scan.ignored_files:
         logger.info("忽略了 %d 个非图像文件（如 .txt、.DS_Store、Thumbs.db）。", scan.ignored_files)
     return scan
